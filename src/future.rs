@@ -1,0 +1,292 @@
+//! [`ResponseFuture`]: a request's way through token, call, refresh and retry.
+
+use std::fmt;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll, ready};
+
+use bytes::Bytes;
+use http::{Extensions, HeaderMap, Method, Request, Response, Uri, Version, header, request};
+use http_body::Body;
+use pin_project_lite::pin_project;
+use tower_service::Service;
+
+use crate::body::Replay;
+use crate::cache::Token;
+use crate::layer::Config;
+use crate::service::Retried;
+use crate::{BoxError, Error, ReplayBody};
+
+type TokenFuture = Pin<Box<dyn Future<Output = Result<Arc<Token>, Error>> + Send>>;
+
+/// A request waiting for its token.
+pub(crate) struct Pending<B> {
+    pub(crate) parts: request::Parts,
+    pub(crate) body: ReplayBody<B>,
+    pub(crate) replay: Option<Replay>,
+}
+
+/// What the retry needs: a copy of the request's head, taken before the first attempt consumed
+/// it, and the hold on its body.
+struct RetryPlan<S> {
+    svc: S,
+    method: Method,
+    uri: Uri,
+    version: Version,
+    headers: HeaderMap,
+    extensions: Extensions,
+    replay: Replay,
+}
+
+impl<S> RetryPlan<S> {
+    fn request<B>(self, token: &Token, body: ReplayBody<B>) -> (S, Request<ReplayBody<B>>) {
+        let mut req = Request::new(body);
+        *req.method_mut() = self.method;
+        *req.uri_mut() = self.uri;
+        *req.version_mut() = self.version;
+        *req.headers_mut() = self.headers;
+        *req.extensions_mut() = self.extensions;
+        req.headers_mut()
+            .insert(header::AUTHORIZATION, token.authorization().clone());
+        req.extensions_mut().insert(Retried);
+        (self.svc, req)
+    }
+}
+
+pin_project! {
+    /// The response future of [`OzzobitAuth`](crate::OzzobitAuth).
+    ///
+    /// With a fresh cached token it wraps the inner future directly: no allocation, no extra
+    /// `await`. It boxes a future only to wait for a token fetch.
+    pub struct ResponseFuture<S, B>
+    where
+        S: Service<Request<ReplayBody<B>>>,
+    {
+        #[pin]
+        state: State<S::Future, S::Response, S, B>,
+        // `None` for requests that pass through untouched.
+        config: Option<Arc<Config>>,
+        // Generation of the token the attempt in flight carries.
+        generation: u64,
+        retry: Option<RetryPlan<S>>,
+    }
+}
+
+pin_project! {
+    #[project = StateProj]
+    enum State<F, R, S, B> {
+        // No usable token yet: the request waits for the shared fetch.
+        Token { token: TokenFuture, svc: Option<S>, pending: Option<Pending<B>> },
+        // An attempt in flight.
+        Called { #[pin] fut: F },
+        // The first attempt was unauthorized: waiting for the refreshed token, keeping the
+        // response to return if the refresh fails.
+        Refreshing { token: TokenFuture, response: Option<R> },
+        // Driving the service to readiness for the retry.
+        Readying { svc: Option<S>, request: Option<Request<ReplayBody<B>>> },
+    }
+}
+
+impl<S, B> ResponseFuture<S, B>
+where
+    S: Service<Request<ReplayBody<B>>>,
+{
+    pub(crate) fn passthrough(fut: S::Future) -> Self {
+        Self {
+            state: State::Called { fut },
+            config: None,
+            generation: 0,
+            retry: None,
+        }
+    }
+
+    pub(crate) fn wait_for_token(svc: S, config: Arc<Config>, pending: Pending<B>) -> Self {
+        let cache = config.cache.clone();
+        Self {
+            state: State::Token {
+                token: Box::pin(async move { cache.wait_for_token().await }),
+                svc: Some(svc),
+                pending: Some(pending),
+            },
+            config: Some(config),
+            generation: 0,
+            retry: None,
+        }
+    }
+
+    /// Sends the first attempt with `token`.
+    pub(crate) fn send(
+        mut svc: S,
+        config: Arc<Config>,
+        token: &Token,
+        pending: Pending<B>,
+    ) -> Self {
+        let Pending {
+            mut parts,
+            body,
+            replay,
+        } = pending;
+        parts
+            .headers
+            .insert(header::AUTHORIZATION, token.authorization().clone());
+        config.cache.record_authorized();
+        let fut;
+        let retry = match replay {
+            Some(replay) => {
+                let (method, uri, version) =
+                    (parts.method.clone(), parts.uri.clone(), parts.version);
+                let (headers, extensions) = (parts.headers.clone(), parts.extensions.clone());
+                fut = svc.call(Request::from_parts(parts, body));
+                Some(RetryPlan {
+                    svc,
+                    method,
+                    uri,
+                    version,
+                    headers,
+                    extensions,
+                    replay,
+                })
+            }
+            None => {
+                fut = svc.call(Request::from_parts(parts, body));
+                None
+            }
+        };
+        Self {
+            state: State::Called { fut },
+            config: Some(config),
+            generation: token.generation(),
+            retry,
+        }
+    }
+}
+
+impl<S, B, ResBody> Future for ResponseFuture<S, B>
+where
+    S: Service<Request<ReplayBody<B>>, Response = Response<ResBody>>,
+    S::Error: Into<BoxError>,
+    B: Body<Data = Bytes>,
+{
+    type Output = Result<Response<ResBody>, BoxError>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let mut this = self.project();
+        loop {
+            match this.state.as_mut().project() {
+                StateProj::Token {
+                    token,
+                    svc,
+                    pending,
+                } => {
+                    let token = ready!(token.as_mut().poll(cx))?;
+                    let (Some(svc), Some(pending), Some(config)) =
+                        (svc.take(), pending.take(), this.config.take())
+                    else {
+                        panic!("ResponseFuture polled after completion");
+                    };
+                    let sent = Self::send(svc, config, &token, pending);
+                    *this.config = sent.config;
+                    *this.generation = sent.generation;
+                    *this.retry = sent.retry;
+                    this.state.set(sent.state);
+                }
+                StateProj::Called { fut } => {
+                    let response = ready!(fut.poll(cx)).map_err(Into::into)?;
+                    let Some(config) = this.config.as_ref() else {
+                        return Poll::Ready(Ok(response));
+                    };
+                    if !config
+                        .unauthorized
+                        .is_unauthorized(response.status(), response.headers())
+                    {
+                        return Poll::Ready(Ok(response));
+                    }
+                    let generation = *this.generation;
+                    let replayable = this
+                        .retry
+                        .as_ref()
+                        .is_some_and(|plan| plan.replay.is_ready());
+                    if !replayable {
+                        // No second attempt; still replace the token for the requests after this.
+                        tracing::debug!(generation, "unauthorized; not retrying this request");
+                        *this.retry = None;
+                        config.cache.invalidate(generation);
+                        return Poll::Ready(Ok(response));
+                    }
+                    tracing::debug!(
+                        generation,
+                        "unauthorized; refreshing the token to retry once"
+                    );
+                    let cache = config.cache.clone();
+                    this.state.set(State::Refreshing {
+                        token: Box::pin(async move { cache.force_refresh(generation).await }),
+                        response: Some(response),
+                    });
+                }
+                StateProj::Refreshing { token, response } => {
+                    let refreshed = ready!(token.as_mut().poll(cx));
+                    let (Some(plan), Some(config)) = (this.retry.take(), this.config.as_ref())
+                    else {
+                        panic!("ResponseFuture polled after completion");
+                    };
+                    let token = match refreshed {
+                        Ok(token) => token,
+                        Err(error) => {
+                            // The API's own answer is more faithful than the token error, which
+                            // the cache has already logged and which the next request reports.
+                            tracing::warn!(%error, "token refresh after unauthorized failed; returning the response");
+                            return Poll::Ready(Ok(response
+                                .take()
+                                .expect("ResponseFuture polled after completion")));
+                        }
+                    };
+                    let Some(body) = plan.replay.body() else {
+                        return Poll::Ready(Ok(response
+                            .take()
+                            .expect("ResponseFuture polled after completion")));
+                    };
+                    config.cache.record_retry();
+                    config.cache.record_authorized();
+                    *this.generation = token.generation();
+                    let (svc, request) = plan.request(&token, body);
+                    this.state.set(State::Readying {
+                        svc: Some(svc),
+                        request: Some(request),
+                    });
+                }
+                StateProj::Readying { svc, request } => {
+                    let Some(ready_svc) = svc.as_mut() else {
+                        panic!("ResponseFuture polled after completion");
+                    };
+                    ready!(ready_svc.poll_ready(cx)).map_err(Into::into)?;
+                    let (Some(mut svc), Some(request)) = (svc.take(), request.take()) else {
+                        panic!("ResponseFuture polled after completion");
+                    };
+                    let fut = svc.call(request);
+                    // The retry's answer is final, whatever it is.
+                    *this.config = None;
+                    this.state.set(State::Called { fut });
+                }
+            }
+        }
+    }
+}
+
+impl<S, B> fmt::Debug for ResponseFuture<S, B>
+where
+    S: Service<Request<ReplayBody<B>>>,
+{
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let state = match &self.state {
+            State::Token { .. } => "waiting for token",
+            State::Called { .. } => "in flight",
+            State::Refreshing { .. } => "refreshing after unauthorized",
+            State::Readying { .. } => "readying retry",
+        };
+        f.debug_struct("ResponseFuture")
+            .field("state", &state)
+            .field("generation", &self.generation)
+            .finish()
+    }
+}

@@ -224,7 +224,7 @@ impl CredentialsProvider for FileCredentials {
 ///
 /// let provider = CredentialsFn::new(|| async {
 ///     // e.g. `secrets_client.get_secret_value("ozzobit").await`
-///     Ok(Credentials::new("pk_live_123", "sk_live_456"))
+///     Ok::<_, ozzobit_auth::Error>(Credentials::new("pk_live_123", "sk_live_456"))
 /// });
 /// # let _ = provider;
 /// ```

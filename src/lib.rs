@@ -4,7 +4,7 @@
 //!
 //! ```
 //! use ozzobit_auth::{OzzobitAuthLayer, ReqwestService};
-//! use tower::{Service, ServiceBuilder, ServiceExt};
+//! use tower::{ServiceBuilder, ServiceExt};
 //! # use ozzobit_auth::testing::MockServer;
 //!
 //! # #[tokio::main(flavor = "current_thread")]
@@ -16,13 +16,13 @@
 //!     .credentials(credentials)
 //!     .base_url(&base_url)
 //!     .build()?;
-//! let mut client = ServiceBuilder::new()
+//! let client = ServiceBuilder::new()
 //!     .layer(auth.clone())
 //!     .service(ReqwestService::new(reqwest::Client::new()));
 //!
 //! let request = http::Request::get(format!("{base_url}/orders"))
 //!     .body(http_body_util::Empty::<bytes::Bytes>::new())?;
-//! let response = client.ready().await?.call(request).await?;
+//! let response = client.oneshot(request).await?;
 //! assert_eq!(response.status(), 200);
 //! assert_eq!(auth.token_cache().stats().fetches, 1);
 //! # Ok(()) }

@@ -18,7 +18,6 @@ use crate::{BoxError, ReplayBody, TokenCache};
 /// `OzzobitAuth` further down the stack sees it and does not retry again; inner layers may read
 /// it for logging.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-#[non_exhaustive]
 pub struct Retried;
 
 /// Adds `Authorization: Bearer <Partner Access Token>` to requests for in-scope origins, and after

@@ -26,6 +26,10 @@
 //!   Tokio clock, so paused-time tests work, not revoked) and answer `{"success": true, "data":
 //!   …}`, or `401 {"success": false, "message": "Invalid or expired access token"}`.
 //!
+//! And one gRPC method, served over HTTP/2 (prior knowledge) at the server's root, for tonic
+//! clients: `/ozzobit.v2.Orders/List` checks the bearer like the routes above and answers the
+//! orders JSON as one gRPC message, or `grpc-status: 16` (`UNAUTHENTICATED`, trailers-only).
+//!
 //! Knobs change the behaviour at any time; counters count every hit.
 
 use std::collections::{HashMap, VecDeque};
@@ -54,6 +58,9 @@ use crate::Credentials;
 pub const MOCK_API_KEY: &str = "pk_test_mock";
 /// The API secret the mock accepts until [`MockServer::set_credentials`] changes it.
 pub const MOCK_API_SECRET: &str = "sk_test_mock_secret";
+
+/// Path of the mock's gRPC method (unary; the response message is the orders JSON).
+pub const GRPC_LIST_ORDERS: &str = "/ozzobit.v2.Orders/List";
 
 const B64: base64::engine::GeneralPurpose = base64::engine::general_purpose::URL_SAFE_NO_PAD;
 
@@ -123,6 +130,7 @@ impl MockServer {
             .route("/api/v2/auth/token", post(token))
             .route("/api/v2/orders", get(list_orders))
             .route("/api/v2/orders/create", post(create_order))
+            .route(GRPC_LIST_ORDERS, post(grpc_list_orders))
             .with_state(Arc::clone(&shared));
         let task = tokio::spawn(async move {
             let _ = axum::serve(listener, app).await;
@@ -372,7 +380,11 @@ async fn list_orders(State(shared): State<Arc<Shared>>, headers: HeaderMap) -> R
     if let Some(denied) = deny(&shared, &headers) {
         return denied;
     }
-    Json(json!({
+    Json(orders()).into_response()
+}
+
+fn orders() -> Value {
+    json!({
         "success": true,
         "data": {
             "orders": [
@@ -381,8 +393,30 @@ async fn list_orders(State(shared): State<Arc<Shared>>, headers: HeaderMap) -> R
             ],
             "total": 2
         }
-    }))
-    .into_response()
+    })
+}
+
+async fn grpc_list_orders(State(shared): State<Arc<Shared>>, headers: HeaderMap) -> Response {
+    use http_body_util::BodyExt as _;
+
+    let grpc = [(header::CONTENT_TYPE, "application/grpc")];
+    if deny(&shared, &headers).is_some() {
+        let status = [
+            ("grpc-status", "16"),
+            ("grpc-message", "invalid or expired access token"),
+        ];
+        return (grpc, status).into_response();
+    }
+    let message = orders().to_string();
+    let mut frame = Vec::with_capacity(5 + message.len());
+    frame.push(0); // not compressed
+    frame.extend_from_slice(&(message.len() as u32).to_be_bytes());
+    frame.extend_from_slice(message.as_bytes());
+    let mut trailers = HeaderMap::new();
+    trailers.insert("grpc-status", header::HeaderValue::from_static("0"));
+    let body = http_body_util::Full::new(Bytes::from(frame))
+        .with_trailers(async move { Some(Ok::<_, std::convert::Infallible>(trailers)) });
+    (grpc, axum::body::Body::new(body)).into_response()
 }
 
 async fn create_order(

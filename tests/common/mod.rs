@@ -78,3 +78,94 @@ pub async fn settle() {
         tokio::task::yield_now().await;
     }
 }
+
+/// A body streamed in `chunks` frames of `size` bytes with no size hint: what an upload from a
+/// socket or a file looks like.
+pub struct Chunked {
+    left: usize,
+    chunk: bytes::Bytes,
+}
+
+impl Chunked {
+    pub fn new(chunks: usize, size: usize, byte: u8) -> Self {
+        Self {
+            left: chunks,
+            chunk: bytes::Bytes::from(vec![byte; size]),
+        }
+    }
+}
+
+impl http_body::Body for Chunked {
+    type Data = bytes::Bytes;
+    type Error = std::convert::Infallible;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        _cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<http_body::Frame<bytes::Bytes>, Self::Error>>> {
+        if self.left == 0 {
+            return std::task::Poll::Ready(None);
+        }
+        self.left -= 1;
+        std::task::Poll::Ready(Some(Ok(http_body::Frame::data(self.chunk.clone()))))
+    }
+}
+
+/// A layer for the mock server's credentials and base URL.
+pub fn mock_layer(
+    mock: &ozzobit_auth::testing::MockServer,
+    edit: impl FnOnce(OzzobitAuthBuilder) -> OzzobitAuthBuilder,
+) -> OzzobitAuthLayer {
+    edit(
+        OzzobitAuthLayer::builder()
+            .credentials(mock.credentials())
+            .base_url(mock.base_url()),
+    )
+    .build()
+    .unwrap()
+}
+
+/// A plain loopback HTTP server that records the `Authorization` header of every request and
+/// answers each with the next status of `statuses` (then 200).
+pub struct Recorder {
+    pub addr: std::net::SocketAddr,
+    pub seen: Arc<Mutex<Vec<Option<String>>>>,
+    _task: tokio::task::JoinHandle<()>,
+}
+
+impl Recorder {
+    pub async fn start(statuses: Vec<u16>) -> Self {
+        use axum::http::HeaderMap;
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let seen: Arc<Mutex<Vec<Option<String>>>> = Arc::default();
+        let statuses = Arc::new(Mutex::new(std::collections::VecDeque::from(statuses)));
+        let app = axum::Router::new().fallback({
+            let seen = Arc::clone(&seen);
+            move |headers: HeaderMap| {
+                let auth = headers
+                    .get("authorization")
+                    .map(|v| v.to_str().unwrap().to_owned());
+                seen.lock().unwrap().push(auth);
+                let status = statuses.lock().unwrap().pop_front().unwrap_or(200);
+                async move { axum::http::StatusCode::from_u16(status).unwrap() }
+            }
+        });
+        let task = tokio::spawn(async move {
+            axum::serve(listener, app).await.unwrap();
+        });
+        Self {
+            addr,
+            seen,
+            _task: task,
+        }
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{}", self.addr, path)
+    }
+
+    pub fn seen(&self) -> Vec<Option<String>> {
+        self.seen.lock().unwrap().clone()
+    }
+}

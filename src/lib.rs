@@ -48,6 +48,29 @@
 //!   the header to wherever the server points.
 //! - A timeout above it bounds the token wait as well; `fetch_timeout` bounds the fetch itself.
 //!
+//! # Composing with clients
+//!
+//! The inner service receives `http::Request<ReplayBody<B>>`. A client generic over its body
+//! (hyper-util's `Client<C, B>`) takes it as is; one with a fixed body type adapts in one line.
+//! With tonic:
+//!
+//! ```no_run
+//! # async fn demo(auth: ozzobit_auth::OzzobitAuthLayer) -> Result<(), Box<dyn std::error::Error>> {
+//! use tower::ServiceBuilder;
+//! use tower_http::ServiceBuilderExt; // map_request_body
+//!
+//! let channel = tonic::transport::Endpoint::from_static("https://grpc.example").connect().await?;
+//! let svc = ServiceBuilder::new()
+//!     .layer(auth)
+//!     .map_request_body(tonic::body::Body::new)
+//!     .service(channel);
+//! let grpc = tonic::client::Grpc::new(svc); // or any generated `FooClient::new(svc)`
+//! # let _ = grpc; Ok(()) }
+//! ```
+//!
+//! With reqwest, wrap the client in [`ReqwestService`]. The `examples/` directory has runnable
+//! hyper-util, reqwest, tonic and axum (a server calling OZZOBiT) programs.
+//!
 //! # What goes where
 //!
 //! The token goes only to the base URL's origin, origins added with

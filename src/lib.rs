@@ -56,13 +56,15 @@
 //!
 //! ```no_run
 //! # async fn demo(auth: ozzobit_auth::OzzobitAuthLayer) -> Result<(), Box<dyn std::error::Error>> {
+//! use ozzobit_auth::ReplayBody;
 //! use tower::ServiceBuilder;
 //! use tower_http::ServiceBuilderExt; // map_request_body
 //!
 //! let channel = tonic::transport::Endpoint::from_static("https://grpc.example").connect().await?;
 //! let svc = ServiceBuilder::new()
 //!     .layer(auth)
-//!     .map_request_body(tonic::body::Body::new)
+//!     // The type is inferred once a client calls through `svc`.
+//!     .map_request_body(tonic::body::Body::new::<ReplayBody<tonic::body::Body>>)
 //!     .service(channel);
 //! let grpc = tonic::client::Grpc::new(svc); // or any generated `FooClient::new(svc)`
 //! # let _ = grpc; Ok(()) }

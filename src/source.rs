@@ -60,6 +60,7 @@ mod endpoint {
         client: reqwest::Client,
         endpoint: String,
         credentials: Arc<dyn CredentialsProvider>,
+        fetch_timeout: Duration,
     }
 
     impl fmt::Debug for EndpointSource {
@@ -85,10 +86,11 @@ mod endpoint {
             credentials: Arc<dyn CredentialsProvider>,
             fetch_timeout: Duration,
         ) -> Result<Self, Error> {
+            // The whole fetch is bounded by the cache's `fetch_timeout`; the connect timeout only
+            // keeps an unreachable host from holding a connection attempt open past it.
             let client = reqwest::Client::builder()
                 .redirect(reqwest::redirect::Policy::none())
                 .connect_timeout(fetch_timeout)
-                .timeout(fetch_timeout)
                 .user_agent(concat!("ozzobit-auth/", env!("CARGO_PKG_VERSION")))
                 .build()
                 .map_err(|e| {
@@ -98,6 +100,7 @@ mod endpoint {
                 client,
                 endpoint,
                 credentials,
+                fetch_timeout,
             })
         }
 
@@ -117,7 +120,7 @@ mod endpoint {
                 .body(body)
                 .send()
                 .await
-                .map_err(Error::transient)?;
+                .map_err(|e| self.transport_error(e))?;
 
             let status = response.status();
             let retry_after = retry_after(response.headers());
@@ -128,7 +131,9 @@ mod endpoint {
                         .into(),
                 ));
             }
-            let body = read_capped(response).await?;
+            let body = read_capped(response)
+                .await
+                .map_err(|e| e.map_transport(|e| self.transport_error(e)))?;
             if status.is_success() {
                 return parse_token_response(&body, SystemTime::now());
             }
@@ -150,25 +155,51 @@ mod endpoint {
         }
     }
 
+    impl EndpointSource {
+        fn transport_error(&self, error: reqwest::Error) -> Error {
+            if error.is_timeout() {
+                Error::timeout(self.fetch_timeout).with_source(error)
+            } else {
+                Error::transient(error)
+            }
+        }
+    }
+
     impl TokenSource for EndpointSource {
         fn fetch(&self) -> BoxFuture<'_, Result<AccessToken, Error>> {
             Box::pin(self.fetch_once())
         }
     }
 
+    /// Why reading the body stopped.
+    enum ReadError {
+        TooBig,
+        Transport(reqwest::Error),
+    }
+
+    impl ReadError {
+        fn map_transport(self, f: impl FnOnce(reqwest::Error) -> Error) -> Error {
+            match self {
+                ReadError::TooBig => {
+                    Error::invalid_response(format!("body exceeds {MAX_BODY_BYTES} bytes"))
+                }
+                ReadError::Transport(e) => f(e),
+            }
+        }
+    }
+
     /// Reads the body, refusing more than [`MAX_BODY_BYTES`] before it is all in memory.
-    async fn read_capped(mut response: reqwest::Response) -> Result<Vec<u8>, Error> {
-        let too_big = || Error::invalid_response(format!("body exceeds {MAX_BODY_BYTES} bytes"));
+    async fn read_capped(mut response: reqwest::Response) -> Result<Vec<u8>, ReadError> {
         if response
             .content_length()
             .is_some_and(|n| n > MAX_BODY_BYTES as u64)
         {
-            return Err(too_big());
+            return Err(ReadError::TooBig);
         }
         let mut body = Vec::new();
-        while let Some(chunk) = response.chunk().await.map_err(Error::transient)? {
+        while let Some(chunk) = response.chunk().await.map_err(ReadError::Transport)? {
             if body.len() + chunk.len() > MAX_BODY_BYTES {
-                return Err(too_big());
+                return Err(ReadError::TooBig);
             }
             body.extend_from_slice(&chunk);
         }

@@ -101,9 +101,19 @@ impl MockServer {
     ///
     /// If no loopback port can be bound, or outside a Tokio runtime: test set-up failures.
     pub async fn start() -> Self {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        Self::start_at(SocketAddr::from(([127, 0, 0, 1], 0))).await
+    }
+
+    /// As [`start`](Self::start), on `addr`: to bring the endpoint back on the address a client
+    /// was built for, after testing what happens while nothing listens there.
+    ///
+    /// # Panics
+    ///
+    /// If `addr` cannot be bound, or outside a Tokio runtime.
+    pub async fn start_at(addr: SocketAddr) -> Self {
+        let listener = tokio::net::TcpListener::bind(addr)
             .await
-            .expect("bind 127.0.0.1:0");
+            .expect("bind the mock server's address");
         let addr = listener.local_addr().expect("local_addr");
         let mut key = [0u8; 32];
         key.iter_mut().for_each(|b| *b = fastrand::u8(..));

@@ -169,3 +169,61 @@ impl Recorder {
         self.seen.lock().unwrap().clone()
     }
 }
+
+/// A loopback TCP server that runs `handle` on every connection: for faults no HTTP server
+/// would produce (closing at once, hanging, trickling, an endless chunked body).
+pub async fn raw_server<F, Fut>(handle: F) -> std::net::SocketAddr
+where
+    F: Fn(tokio::net::TcpStream) -> Fut + Send + Sync + 'static,
+    Fut: std::future::Future<Output = ()> + Send + 'static,
+{
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((stream, _)) = listener.accept().await {
+            tokio::spawn(handle(stream));
+        }
+    });
+    addr
+}
+
+/// Reads one request head (up to the blank line) so the client sees its request accepted.
+pub async fn read_head(stream: &mut tokio::net::TcpStream) {
+    use tokio::io::AsyncReadExt;
+    let mut buf = Vec::new();
+    let mut byte = [0u8; 1];
+    while !buf.ends_with(b"\r\n\r\n") {
+        if stream.read(&mut byte).await.unwrap_or(0) == 0 {
+            return;
+        }
+        buf.push(byte[0]);
+    }
+}
+
+/// A body that sends one chunk, then never ends: an upload still streaming.
+pub struct Stalled {
+    sent: bool,
+}
+
+impl Stalled {
+    pub fn new() -> Self {
+        Self { sent: false }
+    }
+}
+
+impl http_body::Body for Stalled {
+    type Data = bytes::Bytes;
+    type Error = std::convert::Infallible;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        _cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<http_body::Frame<bytes::Bytes>, Self::Error>>> {
+        if std::mem::replace(&mut self.sent, true) {
+            return std::task::Poll::Pending;
+        }
+        std::task::Poll::Ready(Some(Ok(http_body::Frame::data(bytes::Bytes::from_static(
+            b"{\"partial\":",
+        )))))
+    }
+}

@@ -73,6 +73,12 @@
 //! With reqwest, wrap the client in [`ReqwestService`]. The `examples/` directory has runnable
 //! hyper-util, reqwest, tonic and axum (a server calling OZZOBiT) programs.
 //!
+//! A compiler limitation shared with every tower middleware whose error is
+//! [`BoxError`] (tower's `Timeout` too): when the inner service's error is itself `BoxError`,
+//! `tokio::spawn(async move { svc.oneshot(req).await })` may fail to compile with
+//! "implementation of `From` is not general enough". Spawn the future itself instead,
+//! `tokio::spawn(svc.oneshot(req))`, or give the inner service a concrete error type.
+//!
 //! # What goes where
 //!
 //! The token goes only to the base URL's origin, origins added with

@@ -267,3 +267,146 @@ impl<B> fmt::Debug for ReplayBody<B> {
         f.debug_struct("ReplayBody").field("state", &state).finish()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::collections::VecDeque;
+
+    use http_body_util::{BodyExt, Full};
+    use proptest::prelude::*;
+
+    use super::*;
+
+    /// A body of given frames, with an exact or unknown size hint.
+    struct Frames {
+        frames: VecDeque<Frame<Bytes>>,
+        exact: Option<u64>,
+    }
+
+    impl Frames {
+        fn new(chunks: &[Vec<u8>], trailers: Option<HeaderMap>, exact: bool) -> Self {
+            let mut frames: VecDeque<_> = chunks
+                .iter()
+                .map(|c| Frame::data(Bytes::from(c.clone())))
+                .collect();
+            frames.extend(trailers.map(Frame::trailers));
+            let total = chunks.iter().map(|c| c.len() as u64).sum();
+            Self {
+                frames,
+                exact: exact.then_some(total),
+            }
+        }
+    }
+
+    impl Body for Frames {
+        type Data = Bytes;
+        type Error = std::convert::Infallible;
+        fn poll_frame(
+            mut self: Pin<&mut Self>,
+            _: &mut Context<'_>,
+        ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
+            Poll::Ready(self.frames.pop_front().map(Ok))
+        }
+        fn is_end_stream(&self) -> bool {
+            self.frames.is_empty()
+        }
+        fn size_hint(&self) -> SizeHint {
+            self.exact.map_or_else(SizeHint::new, SizeHint::with_exact)
+        }
+    }
+
+    fn block_on<F: std::future::Future>(f: F) -> F::Output {
+        tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap()
+            .block_on(f)
+    }
+
+    async fn collect<B: Body<Data = Bytes>>(body: B) -> (Bytes, Option<HeaderMap>)
+    where
+        B::Error: fmt::Debug,
+    {
+        let collected = body.collect().await.unwrap();
+        let trailers = collected.trailers().cloned();
+        (collected.to_bytes(), trailers)
+    }
+
+    proptest! {
+        #[test]
+        fn replay_equals_original_or_is_refused(
+            chunks in proptest::collection::vec(proptest::collection::vec(any::<u8>(), 0..300), 0..12),
+            cap in 0usize..2048,
+            with_trailers in any::<bool>(),
+            exact in any::<bool>(),
+        ) {
+            let trailers = with_trailers.then(|| {
+                let mut t = HeaderMap::new();
+                t.insert("grpc-status", "0".parse().unwrap());
+                t
+            });
+            let total: usize = chunks.iter().map(Vec::len).sum();
+            let want: Vec<u8> = chunks.concat();
+            block_on(async {
+                let (first, replay) =
+                    ReplayBody::recording(Frames::new(&chunks, trailers.clone(), exact), cap);
+                prop_assert_eq!(first.size_hint().exact(), exact.then_some(total as u64));
+                let (data, got_trailers) = collect(first).await;
+                prop_assert_eq!(&data[..], &want[..]);
+                prop_assert_eq!(&got_trailers, &trailers);
+
+                let empty = chunks.is_empty() && trailers.is_none();
+                match replay.and_then(|r| r.body::<Frames>()) {
+                    Some(again) => {
+                        prop_assert!(total <= cap || empty, "replayable over the cap");
+                        prop_assert_eq!(again.size_hint().exact(), Some(total as u64));
+                        let (data, got_trailers) = collect(again).await;
+                        prop_assert_eq!(&data[..], &want[..]);
+                        prop_assert_eq!(&got_trailers, &trailers);
+                    }
+                    None => prop_assert!(total > cap, "refused under the cap"),
+                }
+                Ok(())
+            })?;
+        }
+    }
+
+    #[test]
+    fn not_replayable_while_the_original_is_still_streaming() {
+        block_on(async {
+            let chunks = [b"ab".to_vec(), b"cd".to_vec()];
+            let (mut first, replay) = ReplayBody::recording(Frames::new(&chunks, None, false), 64);
+            let replay = replay.unwrap();
+            let frame = first.frame().await.unwrap().unwrap();
+            assert_eq!(frame.into_data().unwrap(), "ab");
+            assert!(!replay.is_ready());
+            assert!(replay.body::<Frames>().is_none());
+            let (rest, _) = collect(first).await;
+            assert_eq!(rest, "cd");
+            let (again, _) = collect(replay.body::<Frames>().unwrap()).await;
+            assert_eq!(again, "abcd");
+        });
+    }
+
+    #[test]
+    fn recording_completes_when_the_body_says_it_has_ended() {
+        // hyper stops polling once `is_end_stream` is true, so the `None` never comes.
+        block_on(async {
+            let (mut first, replay) = ReplayBody::recording(Full::new(Bytes::from("abc")), 64);
+            first.frame().await.unwrap().unwrap();
+            assert!(first.is_end_stream());
+            let (again, _) = collect(replay.unwrap().body::<Full<Bytes>>().unwrap()).await;
+            assert_eq!(again, "abc");
+        });
+    }
+
+    #[test]
+    fn a_body_known_to_exceed_the_cap_is_not_recorded() {
+        let (first, replay) = ReplayBody::recording(Full::new(Bytes::from(vec![0; 100])), 99);
+        assert!(replay.is_none());
+        assert_eq!(first.size_hint().exact(), Some(100));
+        assert_eq!(
+            format!("{first:?}"),
+            "ReplayBody { state: \"passthrough\" }"
+        );
+    }
+}

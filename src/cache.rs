@@ -402,7 +402,10 @@ impl Inner {
 
     fn complete(&self, result: Result<AccessToken, Error>) {
         let now = Instant::now();
-        let result = result.and_then(|token| Ok((token.bearer_header()?, token.lifetime())));
+        let result = result.and_then(|token| {
+            token.check_lifetime()?;
+            Ok((token.bearer_header()?, token.lifetime()))
+        });
         let mut state = self.lock();
         state.fetching = false;
         state.completed += 1;

@@ -19,6 +19,10 @@ pub const DEFAULT_TOKEN_LIFETIME: Duration = Duration::from_secs(15 * 60);
 /// `expiresIn: 1e12` cannot overflow a deadline and the token is still refreshed daily.
 pub const MAX_TOKEN_LIFETIME: Duration = Duration::from_secs(24 * 60 * 60);
 
+/// Shortest lifetime accepted: a shorter-lived token would be stale before a request could use
+/// it, and refreshing it would be a loop.
+pub(crate) const MIN_TOKEN_LIFETIME: Duration = Duration::from_secs(1);
+
 /// Longest endpoint `message` kept in an error, in characters.
 const MAX_MESSAGE_CHARS: usize = 200;
 
@@ -47,8 +51,8 @@ impl AccessToken {
     /// Accepts `{accessToken, expiresIn}` (documented), the same inside a `{"data": {…}}`
     /// envelope, an absolute `expiresAt` (epoch seconds, or milliseconds when larger than 10^11),
     /// and falls back to the JWT's `exp` claim, then to [`DEFAULT_TOKEN_LIFETIME`]. `expiresIn`
-    /// may be an integer, a fraction or a numeric string; it must be positive. A lifetime above
-    /// [`MAX_TOKEN_LIFETIME`] is cut to it.
+    /// may be an integer, a fraction or a numeric string; it must be positive, and the lifetime at
+    /// least one second. A lifetime above [`MAX_TOKEN_LIFETIME`] is cut to it.
     ///
     /// ```
     /// use std::time::Duration;
@@ -77,6 +81,17 @@ impl AccessToken {
     /// How long the token lives, counted from when it was received.
     pub fn lifetime(&self) -> Duration {
         self.lifetime
+    }
+
+    /// Refuses a lifetime under [`MIN_TOKEN_LIFETIME`].
+    pub(crate) fn check_lifetime(&self) -> Result<(), Error> {
+        if self.lifetime < MIN_TOKEN_LIFETIME {
+            return Err(Error::invalid_response(format!(
+                "token lifetime {:?} is under one second",
+                self.lifetime
+            )));
+        }
+        Ok(())
     }
 
     /// `Bearer <token>` as a sensitive header value.
@@ -159,7 +174,9 @@ pub(crate) fn parse_token_response(body: &[u8], now: SystemTime) -> Result<Acces
     };
 
     let parsed = AccessToken::new(token, lifetime.min(MAX_TOKEN_LIFETIME));
-    parsed.bearer_header()?; // reject unusable tokens here, where the error is clearest
+    // Reject unusable tokens here, where the error is clearest.
+    parsed.bearer_header()?;
+    parsed.check_lifetime()?;
     Ok(parsed)
 }
 
@@ -372,6 +389,14 @@ mod tests {
                 r#"{"accessToken":"t","expiresAt":1000}"#,
                 "invalid token response: expiresAt is in the past",
             ),
+            (
+                r#"{"accessToken":"t","expiresIn":1e-83}"#,
+                "invalid token response: token lifetime 0ns is under one second",
+            ),
+            (
+                r#"{"accessToken":"t","expiresIn":0.5}"#,
+                "invalid token response: token lifetime 500ms is under one second",
+            ),
         ];
         for (body, want) in cases {
             let e = parse(body).unwrap_err();
@@ -403,6 +428,33 @@ mod tests {
             Some("nope")
         );
         assert_eq!(error_message(b"<html>"), None);
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn arbitrary_bytes_never_panic(body in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..512)) {
+            let _ = parse(&String::from_utf8_lossy(&body));
+            let _ = parse_token_response(&body, now());
+        }
+
+        #[test]
+        fn accepted_tokens_are_usable(token in "\\PC{0,40}", expires in proptest::prelude::any::<f64>()) {
+            let body = serde_json::json!({ "accessToken": token, "expiresIn": expires }).to_string();
+            let visible = !token.is_empty() && token.bytes().all(|b| b.is_ascii_graphic());
+            match parse(&body) {
+                Ok(t) => {
+                    proptest::prop_assert!(visible && expires >= 1.0);
+                    proptest::prop_assert!(t.lifetime() >= MIN_TOKEN_LIFETIME && t.lifetime() <= MAX_TOKEN_LIFETIME);
+                    let header = t.bearer_header().unwrap();
+                    proptest::prop_assert_eq!(header.to_str().unwrap(), format!("Bearer {token}"));
+                }
+                // serde_json writes NaN and infinities as null: "not a number" is right for them.
+                Err(e) => {
+                    let long_enough = expires.is_finite() && expires >= 1.0;
+                    proptest::prop_assert!(!visible || !long_enough, "{}", e);
+                }
+            }
+        }
     }
 
     #[test]

@@ -334,3 +334,16 @@ async fn a_source_that_panics_does_not_wedge_the_cache() {
     advance(Duration::from_millis(500)).await;
     assert_eq!(layer.token_cache().token().await.unwrap().generation(), 1);
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_source_returning_a_zero_lifetime_token_gets_an_error_not_a_fetch_loop() {
+    let source = Scripted::new(Duration::ZERO);
+    let layer = layer_with(&source, |b| b);
+    let e = layer.token_cache().token().await.unwrap_err();
+    assert!(e.is_invalid_response(), "{e:?}");
+    assert_eq!(
+        e.to_string(),
+        "invalid token response: token lifetime 0ns is under one second"
+    );
+    assert_eq!(source.fetches(), 1);
+}

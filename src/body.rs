@@ -2,7 +2,8 @@
 
 use std::fmt;
 use std::pin::Pin;
-use std::sync::{Arc, OnceLock};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::task::{Context, Poll, ready};
 
 use bytes::Bytes;
@@ -14,83 +15,175 @@ pin_project! {
     /// The request body the inner service receives: the caller's body, recorded while it streams
     /// so that it can be sent again after a 401.
     ///
-    /// Recording keeps the body's own [`Bytes`] (no copy) up to `max_replay_bytes`. A body whose
+    /// Recording keeps the body's own [`Bytes`] (no copy) up to `max_replay_bytes`; a body whose
     /// `size_hint` already says it is larger is passed through without recording. The retry
-    /// happens only if the first attempt streamed the whole body (data and trailers) within the
-    /// cap; otherwise the 401 is returned as it came. A replay yields exactly the recorded frames
-    /// with an exact `size_hint`, so `Content-Length` survives.
+    /// sends exactly the same frames, with an exact `size_hint` when the first attempt read the
+    /// whole body, so `Content-Length` survives. It happens when:
     ///
-    /// `ReplayBody<B>` is `Send`, `Sync` and `Unpin` whenever `B` is. It implements
-    /// [`Body<Data = Bytes>`](Body), so an inner service with a fixed body type adapts with
-    /// [`map_request_body`](https://docs.rs/tower/latest/tower/trait.ServiceExt.html#method.map_request_body),
-    /// e.g. `tonic::body::Body::new` or `reqwest::Body::wrap`.
+    /// - the first attempt streamed the whole body (data and trailers) within the cap; or
+    /// - the first attempt dropped the body part-way, within the cap (an HTTP/2 server that
+    ///   answers before reading and resets the stream, as gRPC servers that authenticate in an
+    ///   interceptor do): the retry sends the recorded part, then the rest of the caller's body.
+    ///
+    /// Otherwise (over the cap, a body error, or the first attempt still streaming it), the 401 is
+    /// returned as it came. Nothing panics and no byte is sent twice within one attempt.
+    ///
+    /// `ReplayBody<B>` is `Send` and `Unpin` whenever `B` is, and `Sync` when `B` is `Send +
+    /// Sync`. It implements [`Body<Data = Bytes>`](Body), so an inner service with a fixed body
+    /// type adapts with `map_request_body`, e.g. `tonic::body::Body::new` or
+    /// `reqwest::Body::wrap`.
     pub struct ReplayBody<B> {
         #[pin]
         state: State<B>,
+    }
+
+    impl<B> PinnedDrop for ReplayBody<B> {
+        fn drop(this: Pin<&mut Self>) {
+            // Dropped part-way through recording: leave the rest to the retry.
+            if let StateProj::Recording { rec } = this.project().state.project() {
+                if let Some(rec) = rec.take() {
+                    rec.hand_off();
+                }
+            }
+        }
     }
 }
 
 pin_project! {
     #[project = StateProj]
     enum State<B> {
-        Streaming {
-            #[pin]
-            body: B,
-            // `None` when not recording: out of scope, over the cap, or the body failed.
-            recorder: Option<Recorder>,
-        },
-        Replaying {
-            recorded: Arc<OnceLock<Recorded>>,
-            next: usize,
-            trailers_sent: bool,
-        },
+        // Not recorded: out of scope, retry off, or known to exceed the cap.
+        Passthrough { #[pin] body: B },
+        // Recording; `None` once the body has ended.
+        Recording { rec: Option<Recorder<B>> },
+        // Was recording; went over the cap or failed.
+        Unrecorded { body: Pin<Box<B>> },
+        // The retry of a body the first attempt read to the end.
+        Replaying { slot: Arc<Slot<B>>, next: usize, trailers_sent: bool },
+        // The retry of a body the first attempt dropped part-way: the recorded part, then the rest.
+        Resuming { prefix: Vec<Bytes>, next: usize, rest: Pin<Box<B>> },
         Empty,
     }
 }
 
-/// What a complete first pass streamed.
-#[derive(Debug, Default)]
-pub(crate) struct Recorded {
+/// What the first attempt leaves for the retry, and the signal that it has stopped.
+pub(crate) struct Slot<B> {
+    recorded: OnceLock<Recorded>,
+    handoff: Mutex<Option<Handoff<B>>>,
+    abandoned: AtomicBool,
+    settled: tokio::sync::Notify,
+}
+
+/// A complete first pass.
+#[derive(Debug)]
+struct Recorded {
     data: Vec<Bytes>,
     trailers: Option<HeaderMap>,
 }
 
-struct Recorder {
-    slot: Arc<OnceLock<Recorded>>,
+/// A first pass dropped part-way: what was sent, and the caller's body from there on.
+struct Handoff<B> {
+    prefix: Vec<Bytes>,
+    rest: Pin<Box<B>>,
+}
+
+struct Recorder<B> {
+    // Boxed so that it can move to the retry when the first attempt drops it part-way.
+    body: Pin<Box<B>>,
     data: Vec<Bytes>,
     len: usize,
     cap: usize,
+    slot: Arc<Slot<B>>,
+}
+
+impl<B> Recorder<B> {
+    fn finish(self, trailers: Option<HeaderMap>) {
+        let _ = self.slot.recorded.set(Recorded {
+            data: self.data,
+            trailers,
+        });
+        self.slot.settled.notify_one();
+    }
+
+    fn abandon(self) -> Pin<Box<B>> {
+        self.slot.abandoned.store(true, Ordering::Release);
+        self.slot.settled.notify_one();
+        self.body
+    }
+
+    fn hand_off(self) {
+        let handoff = Handoff {
+            prefix: self.data,
+            rest: self.body,
+        };
+        *self.slot.handoff.lock().unwrap_or_else(|p| p.into_inner()) = Some(handoff);
+        // `notify_one` keeps a permit if nobody waits yet: the wake-up is never lost.
+        self.slot.settled.notify_one();
+    }
 }
 
 /// The layer's hold on a request's body for the retry.
-#[derive(Debug)]
-pub(crate) enum Replay {
+pub(crate) enum Replay<B> {
     /// The body was empty from the start: replaying it is free.
     Empty,
-    /// Filled in when (and only if) the first pass streams completely within the cap.
-    Recording(Arc<OnceLock<Recorded>>),
+    /// Filled in by the first attempt.
+    Recording(Arc<Slot<B>>),
 }
 
-impl Replay {
+impl<B> Replay<B> {
     /// Whether [`body`](Self::body) would give a replay now.
     pub(crate) fn is_ready(&self) -> bool {
         match self {
             Replay::Empty => true,
-            Replay::Recording(slot) => slot.get().is_some(),
+            Replay::Recording(slot) => slot.recorded.get().is_some() || slot.has_handoff(),
         }
     }
 
-    /// A body that replays the first pass, or `None` if the first pass has not completed within
-    /// the cap (still streaming, cut short, failed, or too large).
-    pub(crate) fn body<B>(&self) -> Option<ReplayBody<B>> {
+    /// Resolves when the first attempt has stopped recording: complete, handed off, or
+    /// abandoned. For an answer that came while the body was still streaming.
+    pub(crate) fn settled(&self) -> impl Future<Output = ()> + Send + 'static
+    where
+        B: Send + 'static,
+    {
+        let slot = match self {
+            Replay::Empty => None,
+            Replay::Recording(slot) => Some(Arc::clone(slot)),
+        };
+        async move {
+            let Some(slot) = slot else { return };
+            loop {
+                let notified = slot.settled.notified();
+                if slot.recorded.get().is_some()
+                    || slot.abandoned.load(Ordering::Acquire)
+                    || slot.has_handoff()
+                {
+                    return;
+                }
+                notified.await;
+            }
+        }
+    }
+
+    /// The body for the retry, or `None` if the first attempt is still streaming it, went over
+    /// the cap, or failed. A handed-off body can be taken once.
+    pub(crate) fn body(&self) -> Option<ReplayBody<B>> {
         let state = match self {
             Replay::Empty => State::Empty,
+            Replay::Recording(slot) if slot.recorded.get().is_some() => State::Replaying {
+                slot: Arc::clone(slot),
+                next: 0,
+                trailers_sent: false,
+            },
             Replay::Recording(slot) => {
-                slot.get()?;
-                State::Replaying {
-                    recorded: Arc::clone(slot),
+                let handoff = slot
+                    .handoff
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .take()?;
+                State::Resuming {
+                    prefix: handoff.prefix,
                     next: 0,
-                    trailers_sent: false,
+                    rest: handoff.rest,
                 }
             }
         };
@@ -98,26 +191,47 @@ impl Replay {
     }
 }
 
+impl<B> Slot<B> {
+    fn has_handoff(&self) -> bool {
+        self.handoff
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .is_some()
+    }
+}
+
+impl<B> fmt::Debug for Replay<B> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Replay::Empty => "Replay::Empty",
+            Replay::Recording(_) => "Replay::Recording",
+        })
+    }
+}
+
 impl<B: Body> ReplayBody<B> {
     /// Wraps `body`, recording it for a replay if it may fit in `cap` bytes.
-    pub(crate) fn recording(body: B, cap: usize) -> (Self, Option<Replay>) {
+    pub(crate) fn recording(body: B, cap: usize) -> (Self, Option<Replay<B>>) {
         if body.is_end_stream() {
             return (Self::passthrough(body), Some(Replay::Empty));
         }
         if body.size_hint().lower() > cap as u64 {
             return (Self::passthrough(body), None);
         }
-        let slot = Arc::new(OnceLock::new());
-        let recorder = Recorder {
-            slot: Arc::clone(&slot),
+        let slot = Arc::new(Slot {
+            recorded: OnceLock::new(),
+            handoff: Mutex::new(None),
+            abandoned: AtomicBool::new(false),
+            settled: tokio::sync::Notify::new(),
+        });
+        let rec = Recorder {
+            body: Box::pin(body),
             data: Vec::new(),
             len: 0,
             cap,
+            slot: Arc::clone(&slot),
         };
-        let state = State::Streaming {
-            body,
-            recorder: Some(recorder),
-        };
+        let state = State::Recording { rec: Some(rec) };
         (Self { state }, Some(Replay::Recording(slot)))
     }
 }
@@ -126,34 +240,8 @@ impl<B> ReplayBody<B> {
     /// Wraps `body` without recording it.
     pub(crate) fn passthrough(body: B) -> Self {
         Self {
-            state: State::Streaming {
-                body,
-                recorder: None,
-            },
+            state: State::Passthrough { body },
         }
-    }
-}
-
-impl Recorder {
-    /// Keeps `frame`; `false` if that would exceed the cap.
-    fn record(&mut self, frame: &Frame<Bytes>) -> bool {
-        if let Some(data) = frame.data_ref() {
-            self.len += data.len();
-            if self.len > self.cap {
-                return false;
-            }
-            if !data.is_empty() {
-                self.data.push(data.clone());
-            }
-        }
-        true
-    }
-
-    fn finish(self, trailers: Option<HeaderMap>) {
-        let _ = self.slot.set(Recorded {
-            data: self.data,
-            trailers,
-        });
     }
 }
 
@@ -168,43 +256,56 @@ where
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, B::Error>>> {
-        match self.project().state.project() {
-            StateProj::Streaming { mut body, recorder } => {
-                let frame = ready!(body.as_mut().poll_frame(cx));
-                let Some(rec) = recorder.as_mut() else {
+        let mut state = self.project().state;
+        match state.as_mut().project() {
+            StateProj::Passthrough { body } => body.poll_frame(cx),
+            StateProj::Unrecorded { body } => body.as_mut().poll_frame(cx),
+            StateProj::Recording { rec: slot } => {
+                let Some(rec) = slot.as_mut() else {
+                    return Poll::Ready(None);
+                };
+                let frame = ready!(rec.body.as_mut().poll_frame(cx));
+                let Some(Ok(f)) = &frame else {
+                    // The end, or an error: a body that failed is not sent again.
+                    if let Some(rec) = slot.take() {
+                        match frame {
+                            None => rec.finish(None),
+                            Some(_) => {
+                                let body = rec.abandon();
+                                state.set(State::Unrecorded { body });
+                            }
+                        }
+                    }
                     return Poll::Ready(frame);
                 };
-                match &frame {
-                    Some(Ok(f)) => {
-                        if !rec.record(f) {
-                            *recorder = None;
-                        } else if let Some(trailers) = f.trailers_ref() {
-                            let trailers = Some(trailers.clone());
-                            if let Some(rec) = recorder.take() {
-                                rec.finish(trailers);
-                            }
-                        } else if body.is_end_stream() {
-                            // hyper stops polling once the body says it has ended: finish now.
-                            if let Some(rec) = recorder.take() {
-                                rec.finish(None);
-                            }
+                if let Some(data) = f.data_ref() {
+                    rec.len += data.len();
+                    if rec.len > rec.cap {
+                        if let Some(rec) = slot.take() {
+                            let body = rec.abandon();
+                            state.set(State::Unrecorded { body });
                         }
+                        return Poll::Ready(frame);
                     }
-                    None => {
-                        if let Some(rec) = recorder.take() {
-                            rec.finish(None);
-                        }
+                    if !data.is_empty() {
+                        rec.data.push(data.clone());
                     }
-                    Some(Err(_)) => *recorder = None,
+                }
+                let trailers = f.trailers_ref().cloned();
+                // hyper stops polling once the body says it has ended: finish there.
+                if trailers.is_some() || rec.body.is_end_stream() {
+                    if let Some(rec) = slot.take() {
+                        rec.finish(trailers);
+                    }
                 }
                 Poll::Ready(frame)
             }
             StateProj::Replaying {
-                recorded,
+                slot,
                 next,
                 trailers_sent,
             } => {
-                let Some(rec) = recorded.get() else {
+                let Some(rec) = slot.recorded.get() else {
                     return Poll::Ready(None);
                 };
                 if let Some(data) = rec.data.get(*next) {
@@ -219,35 +320,59 @@ where
                     _ => Poll::Ready(None),
                 }
             }
+            StateProj::Resuming { prefix, next, rest } => {
+                if let Some(data) = prefix.get(*next) {
+                    *next += 1;
+                    return Poll::Ready(Some(Ok(Frame::data(data.clone()))));
+                }
+                rest.as_mut().poll_frame(cx)
+            }
             StateProj::Empty => Poll::Ready(None),
         }
     }
 
     fn is_end_stream(&self) -> bool {
         match &self.state {
-            State::Streaming { body, .. } => body.is_end_stream(),
+            State::Passthrough { body } => body.is_end_stream(),
+            State::Unrecorded { body } => body.is_end_stream(),
+            State::Recording { rec } => rec.as_ref().is_none_or(|r| r.body.is_end_stream()),
             State::Replaying {
-                recorded,
+                slot,
                 next,
                 trailers_sent,
-            } => recorded.get().is_none_or(|rec| {
+            } => slot.recorded.get().is_none_or(|rec| {
                 *next >= rec.data.len() && (rec.trailers.is_none() || *trailers_sent)
             }),
+            State::Resuming { prefix, next, rest } => *next >= prefix.len() && rest.is_end_stream(),
             State::Empty => true,
         }
     }
 
     fn size_hint(&self) -> SizeHint {
+        let left = |data: &[Bytes], next: usize| -> u64 {
+            data[next.min(data.len())..]
+                .iter()
+                .map(|d| d.len() as u64)
+                .sum()
+        };
         match &self.state {
-            State::Streaming { body, .. } => body.size_hint(),
-            State::Replaying { recorded, next, .. } => {
-                let left = recorded.get().map_or(0, |rec| {
-                    rec.data[(*next).min(rec.data.len())..]
-                        .iter()
-                        .map(|d| d.len() as u64)
-                        .sum()
-                });
-                SizeHint::with_exact(left)
+            State::Passthrough { body } => body.size_hint(),
+            State::Unrecorded { body } => body.size_hint(),
+            State::Recording { rec } => rec
+                .as_ref()
+                .map_or_else(|| SizeHint::with_exact(0), |r| r.body.size_hint()),
+            State::Replaying { slot, next, .. } => {
+                SizeHint::with_exact(slot.recorded.get().map_or(0, |rec| left(&rec.data, *next)))
+            }
+            State::Resuming { prefix, next, rest } => {
+                let done = left(prefix, *next);
+                let rest = rest.size_hint();
+                let mut hint = SizeHint::new();
+                hint.set_lower(rest.lower() + done);
+                if let Some(upper) = rest.upper() {
+                    hint.set_upper(upper + done);
+                }
+                hint
             }
             State::Empty => SizeHint::with_exact(0),
         }
@@ -257,11 +382,11 @@ where
 impl<B> fmt::Debug for ReplayBody<B> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let state = match &self.state {
-            State::Streaming {
-                recorder: Some(_), ..
-            } => "recording",
-            State::Streaming { recorder: None, .. } => "passthrough",
+            State::Passthrough { .. } => "passthrough",
+            State::Recording { .. } => "recording",
+            State::Unrecorded { .. } => "unrecorded",
             State::Replaying { .. } => "replaying",
+            State::Resuming { .. } => "resuming",
             State::Empty => "empty",
         };
         f.debug_struct("ReplayBody").field("state", &state).finish()
@@ -355,7 +480,7 @@ mod tests {
                 prop_assert_eq!(&got_trailers, &trailers);
 
                 let empty = chunks.is_empty() && trailers.is_none();
-                match replay.and_then(|r| r.body::<Frames>()) {
+                match replay.and_then(|r| r.body()) {
                     Some(again) => {
                         prop_assert!(total <= cap || empty, "replayable over the cap");
                         prop_assert_eq!(again.size_hint().exact(), Some(total as u64));
@@ -379,11 +504,51 @@ mod tests {
             let frame = first.frame().await.unwrap().unwrap();
             assert_eq!(frame.into_data().unwrap(), "ab");
             assert!(!replay.is_ready());
-            assert!(replay.body::<Frames>().is_none());
+            assert!(replay.body().is_none());
             let (rest, _) = collect(first).await;
             assert_eq!(rest, "cd");
-            let (again, _) = collect(replay.body::<Frames>().unwrap()).await;
+            let (again, _) = collect(replay.body().unwrap()).await;
             assert_eq!(again, "abcd");
+        });
+    }
+
+    #[test]
+    fn dropped_part_way_the_retry_sends_the_recorded_part_then_the_rest() {
+        block_on(async {
+            let chunks = [b"ab".to_vec(), b"cd".to_vec(), b"ef".to_vec()];
+            let mut t = HeaderMap::new();
+            t.insert("grpc-status", "0".parse().unwrap());
+            let (mut first, replay) =
+                ReplayBody::recording(Frames::new(&chunks, Some(t.clone()), false), 64);
+            let replay = replay.unwrap();
+            first.frame().await.unwrap().unwrap();
+            assert!(!replay.is_ready());
+            let settled = tokio::spawn(replay.settled());
+            drop(first); // e.g. the HTTP/2 stream was reset after an early answer
+            settled.await.unwrap();
+            assert!(replay.is_ready());
+            let again = replay.body().unwrap();
+            assert_eq!(format!("{again:?}"), "ReplayBody { state: \"resuming\" }");
+            assert_eq!(again.size_hint().lower(), 2);
+            let (data, trailers) = collect(again).await;
+            assert_eq!(data, "abcdef");
+            assert_eq!(trailers, Some(t));
+            assert!(replay.body().is_none(), "a handed-off body is taken once");
+        });
+    }
+
+    #[test]
+    fn over_the_cap_settles_as_not_replayable() {
+        block_on(async {
+            let chunks = [vec![1; 10], vec![2; 10]];
+            let (mut first, replay) = ReplayBody::recording(Frames::new(&chunks, None, false), 15);
+            let replay = replay.unwrap();
+            first.frame().await.unwrap().unwrap();
+            first.frame().await.unwrap().unwrap();
+            replay.settled().await;
+            drop(first);
+            assert!(!replay.is_ready());
+            assert!(replay.body().is_none());
         });
     }
 
@@ -394,7 +559,7 @@ mod tests {
             let (mut first, replay) = ReplayBody::recording(Full::new(Bytes::from("abc")), 64);
             first.frame().await.unwrap().unwrap();
             assert!(first.is_end_stream());
-            let (again, _) = collect(replay.unwrap().body::<Full<Bytes>>().unwrap()).await;
+            let (again, _) = collect(replay.unwrap().body().unwrap()).await;
             assert_eq!(again, "abc");
         });
     }

@@ -5,6 +5,7 @@ use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll, ready};
+use std::time::Duration;
 
 use bytes::Bytes;
 use http::{Extensions, HeaderMap, Method, Request, Response, Uri, Version, header, request};
@@ -16,31 +17,37 @@ use crate::body::Replay;
 use crate::cache::Token;
 use crate::layer::Config;
 use crate::service::Retried;
-use crate::{BoxError, Error, ReplayBody};
+use crate::{BoxError, Error, ReplayBody, TokenCache};
 
 type TokenFuture = Pin<Box<dyn Future<Output = Result<Arc<Token>, Error>> + Send>>;
+
+/// How long an "unauthorized" answer that arrives while the request body is still being sent
+/// waits for the body to finish. A server that authenticates before reading (gRPC interceptors
+/// do) answers while a small body is still in flight; it finishes within microseconds, and the
+/// refresh runs meanwhile. A body still streaming after this is not replayed.
+const BODY_GRACE: Duration = Duration::from_millis(100);
 
 /// A request waiting for its token.
 pub(crate) struct Pending<B> {
     pub(crate) parts: request::Parts,
     pub(crate) body: ReplayBody<B>,
-    pub(crate) replay: Option<Replay>,
+    pub(crate) replay: Option<Replay<B>>,
 }
 
 /// What the retry needs: a copy of the request's head, taken before the first attempt consumed
 /// it, and the hold on its body.
-struct RetryPlan<S> {
+struct RetryPlan<S, B> {
     svc: S,
     method: Method,
     uri: Uri,
     version: Version,
     headers: HeaderMap,
     extensions: Extensions,
-    replay: Replay,
+    replay: Replay<B>,
 }
 
-impl<S> RetryPlan<S> {
-    fn request<B>(self, token: &Token, body: ReplayBody<B>) -> (S, Request<ReplayBody<B>>) {
+impl<S, B> RetryPlan<S, B> {
+    fn request(self, token: &Token, body: ReplayBody<B>) -> (S, Request<ReplayBody<B>>) {
         let mut req = Request::new(body);
         *req.method_mut() = self.method;
         *req.uri_mut() = self.uri;
@@ -69,7 +76,7 @@ pin_project! {
         config: Option<Arc<Config>>,
         // Generation of the token the attempt in flight carries.
         generation: u64,
-        retry: Option<RetryPlan<S>>,
+        retry: Option<RetryPlan<S, B>>,
     }
 }
 
@@ -80,11 +87,26 @@ pin_project! {
         Token { token: TokenFuture, svc: Option<S>, pending: Option<Pending<B>> },
         // An attempt in flight.
         Called { #[pin] fut: F },
+        // The first attempt was unauthorized while its body was still streaming: waiting (a
+        // little) for the body to finish, so it can be replayed.
+        AwaitingBody { settled: Pin<Box<dyn Future<Output = ()> + Send>>, response: Option<R> },
         // The first attempt was unauthorized: waiting for the refreshed token, keeping the
         // response to return if the refresh fails.
         Refreshing { token: TokenFuture, response: Option<R> },
         // Driving the service to readiness for the retry.
         Readying { svc: Option<S>, request: Option<Request<ReplayBody<B>>> },
+    }
+}
+
+impl<F, R, S, B> State<F, R, S, B> {
+    /// Replaces the rejected token (once per generation, however many requests saw it) and keeps
+    /// `response` to return if that fails.
+    fn refreshing(cache: &TokenCache, generation: u64, response: R) -> Self {
+        let cache = cache.clone();
+        State::Refreshing {
+            token: Box::pin(async move { cache.force_refresh(generation).await }),
+            response: Some(response),
+        }
     }
 }
 
@@ -166,7 +188,7 @@ impl<S, B, ResBody> Future for ResponseFuture<S, B>
 where
     S: Service<Request<ReplayBody<B>>, Response = Response<ResBody>>,
     S::Error: Into<BoxError>,
-    B: Body<Data = Bytes>,
+    B: Body<Data = Bytes> + Send + 'static,
 {
     type Output = Result<Response<ResBody>, BoxError>;
 
@@ -203,26 +225,55 @@ where
                         return Poll::Ready(Ok(response));
                     }
                     let generation = *this.generation;
-                    let replayable = this
-                        .retry
-                        .as_ref()
-                        .is_some_and(|plan| plan.replay.is_ready());
-                    if !replayable {
+                    let Some(plan) = this.retry.as_ref() else {
                         // No second attempt; still replace the token for the requests after this.
                         tracing::debug!(generation, "unauthorized; not retrying this request");
-                        *this.retry = None;
                         config.cache.invalidate(generation);
+                        return Poll::Ready(Ok(response));
+                    };
+                    if plan.replay.is_ready() {
+                        tracing::debug!(
+                            generation,
+                            "unauthorized; refreshing the token to retry once"
+                        );
+                        this.state
+                            .set(State::refreshing(&config.cache, generation, response));
+                    } else {
+                        // Start the refresh now; it runs while the body finishes.
+                        config.cache.invalidate(generation);
+                        let settled = plan.replay.settled();
+                        this.state.set(State::AwaitingBody {
+                            settled: Box::pin(async move {
+                                let _ = tokio::time::timeout(BODY_GRACE, settled).await;
+                            }),
+                            response: Some(response),
+                        });
+                    }
+                }
+                StateProj::AwaitingBody { settled, response } => {
+                    ready!(settled.as_mut().poll(cx));
+                    let response = response
+                        .take()
+                        .expect("ResponseFuture polled after completion");
+                    let (Some(plan), Some(config)) = (this.retry.as_ref(), this.config.as_ref())
+                    else {
+                        panic!("ResponseFuture polled after completion");
+                    };
+                    let generation = *this.generation;
+                    if !plan.replay.is_ready() {
+                        tracing::debug!(
+                            generation,
+                            "unauthorized; the request body cannot be replayed"
+                        );
+                        *this.retry = None;
                         return Poll::Ready(Ok(response));
                     }
                     tracing::debug!(
                         generation,
                         "unauthorized; refreshing the token to retry once"
                     );
-                    let cache = config.cache.clone();
-                    this.state.set(State::Refreshing {
-                        token: Box::pin(async move { cache.force_refresh(generation).await }),
-                        response: Some(response),
-                    });
+                    this.state
+                        .set(State::refreshing(&config.cache, generation, response));
                 }
                 StateProj::Refreshing { token, response } => {
                     let refreshed = ready!(token.as_mut().poll(cx));
@@ -281,6 +332,7 @@ where
         let state = match &self.state {
             State::Token { .. } => "waiting for token",
             State::Called { .. } => "in flight",
+            State::AwaitingBody { .. } => "waiting for the request body to finish",
             State::Refreshing { .. } => "refreshing after unauthorized",
             State::Readying { .. } => "readying retry",
         };

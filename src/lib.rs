@@ -95,8 +95,12 @@
 //! (or gRPC `UNAUTHENTICATED`) the token is refreshed, once for all requests that saw it
 //! rejected, and the request is sent again only if:
 //!
-//! - the first attempt streamed the whole body, within the cap (a server that answers 401
-//!   before reading the body, or an upload larger than the cap, gets its 401 returned as is);
+//! - the body fits within the cap, and the first attempt either streamed all of it or dropped
+//!   it part-way (an HTTP/2 server that answers before reading resets the stream; gRPC servers
+//!   that authenticate in an interceptor do this): the retry then sends the recorded part and
+//!   the rest of your body. If the first attempt is still sending the body, the layer waits up
+//!   to 100 ms for it to finish, then returns the 401 as is. An upload larger than the cap gets
+//!   its 401 returned as is;
 //! - it is the first attempt (the retry carries a [`Retried`] extension, so a second
 //!   `OzzobitAuth` below does not retry again);
 //! - the refresh succeeded (otherwise the 401 is returned and the refresh error is logged).

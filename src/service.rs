@@ -78,7 +78,7 @@ impl<S, B, ResBody> Service<Request<B>> for OzzobitAuth<S>
 where
     S: Service<Request<ReplayBody<B>>, Response = Response<ResBody>> + Clone,
     S::Error: Into<BoxError>,
-    B: Body<Data = Bytes>,
+    B: Body<Data = Bytes> + Send + 'static,
 {
     type Response = Response<ResBody>;
     type Error = BoxError;

@@ -320,45 +320,13 @@ async fn token_failure_surfaces_as_ozzobit_error_without_the_secret() {
     assert_eq!(mock.api_requests(), 0);
 }
 
+#[path = "../examples/support/raw_codec.rs"]
+mod raw_codec;
+
 mod grpc {
+    use super::raw_codec::Raw;
     use super::*;
-    use bytes::{Buf, BufMut};
-    use tonic::codec::{Codec, DecodeBuf, Decoder, EncodeBuf, Encoder};
     use tower_http::ServiceBuilderExt;
-
-    /// Raw message bytes, so the test needs no protobuf code generation.
-    #[derive(Default)]
-    struct Raw;
-
-    impl Codec for Raw {
-        type Encode = Bytes;
-        type Decode = Bytes;
-        type Encoder = Raw;
-        type Decoder = Raw;
-        fn encoder(&mut self) -> Raw {
-            Raw
-        }
-        fn decoder(&mut self) -> Raw {
-            Raw
-        }
-    }
-
-    impl Encoder for Raw {
-        type Item = Bytes;
-        type Error = tonic::Status;
-        fn encode(&mut self, item: Bytes, dst: &mut EncodeBuf<'_>) -> Result<(), tonic::Status> {
-            dst.put(item);
-            Ok(())
-        }
-    }
-
-    impl Decoder for Raw {
-        type Item = Bytes;
-        type Error = tonic::Status;
-        fn decode(&mut self, src: &mut DecodeBuf<'_>) -> Result<Option<Bytes>, tonic::Status> {
-            Ok(Some(src.copy_to_bytes(src.remaining())))
-        }
-    }
 
     async fn call<S>(grpc: &mut tonic::client::Grpc<S>) -> Result<Bytes, tonic::Status>
     where
@@ -377,7 +345,35 @@ mod grpc {
             .into_inner())
     }
 
-    #[tokio::test]
+    // A fresh server, channel and cache each round, as a process starting up sees them: the
+    // server answers UNAUTHENTICATED before reading the request, racing the client's body, and a
+    // new HTTP/2 connection loses that race often enough for a regression to show.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn tonic_unauthenticated_before_the_body_is_read_is_retried_every_time() {
+        for _ in 0..20 {
+            let mock = MockServer::start().await;
+            let auth = mock_layer(&mock, |b| b);
+            let channel =
+                tonic::transport::Endpoint::from_shared(format!("http://{}", mock.addr()))
+                    .unwrap()
+                    .connect()
+                    .await
+                    .unwrap();
+            let svc = ServiceBuilder::new()
+                .layer(auth.clone())
+                .map_request_body(tonic::body::Body::new)
+                .service(channel);
+            let mut grpc = tonic::client::Grpc::new(svc);
+            call(&mut grpc).await.unwrap();
+            mock.revoke_all_tokens();
+            call(&mut grpc).await.expect("UNAUTHENTICATED was retried");
+            assert_eq!(auth.token_cache().stats().retries, 1);
+        }
+    }
+
+    // Multi-threaded: the server answers UNAUTHENTICATED before reading the request, racing
+    // the client's body; ten rounds make a regression in that race show.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn tonic_channel_calls_succeed_and_unauthenticated_is_retried() {
         let mock = MockServer::start().await;
         let auth = mock_layer(&mock, |b| b);
@@ -396,20 +392,22 @@ mod grpc {
         assert!(std::str::from_utf8(&orders).unwrap().contains("ord_1001"));
         assert_eq!(mock.token_requests(), 1);
 
-        mock.revoke_all_tokens();
-        let orders = call(&mut grpc).await.unwrap();
-        assert!(std::str::from_utf8(&orders).unwrap().contains("ord_1002"));
-        assert_eq!(mock.api_requests(), 3);
-        assert_eq!(mock.unauthorized_responses(), 1);
-        assert_eq!(mock.token_requests(), 2);
-        assert_eq!(auth.token_cache().stats().retries, 1);
+        for round in 1..=10 {
+            mock.revoke_all_tokens();
+            let orders = call(&mut grpc).await.unwrap();
+            assert!(std::str::from_utf8(&orders).unwrap().contains("ord_1002"));
+            assert_eq!(mock.api_requests(), 1 + 2 * round);
+            assert_eq!(mock.unauthorized_responses(), round);
+            assert_eq!(mock.token_requests(), 1 + round);
+            assert_eq!(auth.token_cache().stats().retries, round);
+        }
 
         mock.reject_all_tokens(true);
         let status = call(&mut grpc).await.unwrap_err();
         assert_eq!(status.code(), tonic::Code::Unauthenticated);
         assert_eq!(
             mock.api_requests(),
-            5,
+            23,
             "one retry, then the status is returned"
         );
     }

@@ -425,7 +425,7 @@ impl Inner {
                 state.failures = state.failures.saturating_add(1);
                 let delay = backoff(&error, state.failures);
                 self.counters.fetch_failures.fetch_add(1, Relaxed);
-                tracing::warn!(%error, retry_in = ?delay, failures = state.failures, "token fetch failed");
+                tracing::warn!(error = %error.chain(), retry_in = ?delay, failures = state.failures, "token fetch failed");
                 state.retry_at = Some(now + delay);
                 state.last_error = Some(error);
             }

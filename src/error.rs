@@ -196,6 +196,27 @@ impl fmt::Display for Error {
     }
 }
 
+impl Error {
+    /// `Display` of this error and each of its sources, joined with `": "`: what the `tracing`
+    /// events log, so an operator sees the cause ("connection refused") and not only the kind.
+    /// Sources are transport and I/O errors, URLs and file paths: never a secret.
+    pub(crate) fn chain(&self) -> impl fmt::Display + '_ {
+        struct Chain<'a>(&'a Error);
+        impl fmt::Display for Chain<'_> {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                write!(f, "{}", self.0)?;
+                let mut source = std::error::Error::source(self.0);
+                while let Some(s) = source {
+                    write!(f, ": {s}")?;
+                    source = s.source();
+                }
+                Ok(())
+            }
+        }
+        Chain(self)
+    }
+}
+
 impl std::error::Error for Error {
     fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
         self.source
@@ -224,6 +245,17 @@ mod tests {
         let e = Error::timeout(Duration::from_secs(10));
         assert!(e.is_timeout() && e.is_transient());
         assert_eq!(e.to_string(), "token request timed out after 10s");
+    }
+
+    #[test]
+    fn chain_shows_the_cause() {
+        let io = std::io::Error::new(std::io::ErrorKind::ConnectionRefused, "connection refused");
+        let e = Error::transient(io);
+        assert_eq!(e.to_string(), "token request failed");
+        assert_eq!(
+            e.chain().to_string(),
+            "token request failed: connection refused"
+        );
     }
 
     #[test]

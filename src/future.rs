@@ -286,7 +286,7 @@ where
                         Err(error) => {
                             // The API's own answer is more faithful than the token error, which
                             // the cache has already logged and which the next request reports.
-                            tracing::warn!(%error, "token refresh after unauthorized failed; returning the response");
+                            tracing::warn!(error = %error.chain(), "token refresh after unauthorized failed; returning the response");
                             return Poll::Ready(Ok(response
                                 .take()
                                 .expect("ResponseFuture polled after completion")));

@@ -87,8 +87,8 @@ pin_project! {
         Token { token: TokenFuture, svc: Option<S>, pending: Option<Pending<B>> },
         // An attempt in flight.
         Called { #[pin] fut: F },
-        // The first attempt was unauthorized while its body was still streaming: waiting (a
-        // little) for the body to finish, so it can be replayed.
+        // The first attempt was unauthorized: waiting (a little, if it is still being sent) for
+        // its body to be replayable.
         AwaitingBody { settled: Pin<Box<dyn Future<Output = ()> + Send>>, response: Option<R> },
         // The first attempt was unauthorized: waiting for the refreshed token, keeping the
         // response to return if the refresh fails.
@@ -231,24 +231,16 @@ where
                         config.cache.invalidate(generation);
                         return Poll::Ready(Ok(response));
                     };
-                    if plan.replay.is_ready() {
-                        tracing::debug!(
-                            generation,
-                            "unauthorized; refreshing the token to retry once"
-                        );
-                        this.state
-                            .set(State::refreshing(&config.cache, generation, response));
-                    } else {
-                        // Start the refresh now; it runs while the body finishes.
-                        config.cache.invalidate(generation);
-                        let settled = plan.replay.settled();
-                        this.state.set(State::AwaitingBody {
-                            settled: Box::pin(async move {
-                                let _ = tokio::time::timeout(BODY_GRACE, settled).await;
-                            }),
-                            response: Some(response),
-                        });
-                    }
+                    // Start the refresh now; if the body is still being sent, it finishes
+                    // meanwhile.
+                    config.cache.invalidate(generation);
+                    let settled = plan.replay.settled();
+                    this.state.set(State::AwaitingBody {
+                        settled: Box::pin(async move {
+                            let _ = tokio::time::timeout(BODY_GRACE, settled).await;
+                        }),
+                        response: Some(response),
+                    });
                 }
                 StateProj::AwaitingBody { settled, response } => {
                     ready!(settled.as_mut().poll(cx));

@@ -84,24 +84,25 @@ pin_project! {
     #[project = StateProj]
     enum State<F, R, S, B> {
         // No usable token yet: the request waits for the shared fetch.
-        Token { token: TokenFuture, svc: Option<S>, pending: Option<Pending<B>> },
+        // Slow-path payloads are boxed so the future stays small on the fast path.
+        Token { token: TokenFuture, waiting: Option<Box<(S, Pending<B>)>> },
         // An attempt in flight.
         Called { #[pin] fut: F },
         // The first attempt was unauthorized: waiting (a little, if it is still being sent) for
         // its body to be replayable.
-        AwaitingBody { settled: Pin<Box<dyn Future<Output = ()> + Send>>, response: Option<R> },
+        AwaitingBody { settled: Pin<Box<dyn Future<Output = ()> + Send>>, response: Option<Box<R>> },
         // The first attempt was unauthorized: waiting for the refreshed token, keeping the
         // response to return if the refresh fails.
-        Refreshing { token: TokenFuture, response: Option<R> },
+        Refreshing { token: TokenFuture, response: Option<Box<R>> },
         // Driving the service to readiness for the retry.
-        Readying { svc: Option<S>, request: Option<Request<ReplayBody<B>>> },
+        Readying { retry: Option<Box<(S, Request<ReplayBody<B>>)>> },
     }
 }
 
 impl<F, R, S, B> State<F, R, S, B> {
     /// Replaces the rejected token (once per generation, however many requests saw it) and keeps
     /// `response` to return if that fails.
-    fn refreshing(cache: &TokenCache, generation: u64, response: R) -> Self {
+    fn refreshing(cache: &TokenCache, generation: u64, response: Box<R>) -> Self {
         let cache = cache.clone();
         State::Refreshing {
             token: Box::pin(async move { cache.force_refresh(generation).await }),
@@ -128,8 +129,7 @@ where
         Self {
             state: State::Token {
                 token: Box::pin(async move { cache.wait_for_token().await }),
-                svc: Some(svc),
-                pending: Some(pending),
+                waiting: Some(Box::new((svc, pending))),
             },
             config: Some(config),
             generation: 0,
@@ -196,17 +196,12 @@ where
         let mut this = self.project();
         loop {
             match this.state.as_mut().project() {
-                StateProj::Token {
-                    token,
-                    svc,
-                    pending,
-                } => {
+                StateProj::Token { token, waiting } => {
                     let token = ready!(token.as_mut().poll(cx))?;
-                    let (Some(svc), Some(pending), Some(config)) =
-                        (svc.take(), pending.take(), this.config.take())
-                    else {
+                    let (Some(waiting), Some(config)) = (waiting.take(), this.config.take()) else {
                         panic!("ResponseFuture polled after completion");
                     };
+                    let (svc, pending) = *waiting;
                     let sent = Self::send(svc, config, &token, pending);
                     *this.config = sent.config;
                     *this.generation = sent.generation;
@@ -239,7 +234,7 @@ where
                         settled: Box::pin(async move {
                             let _ = tokio::time::timeout(BODY_GRACE, settled).await;
                         }),
-                        response: Some(response),
+                        response: Some(Box::new(response)),
                     });
                 }
                 StateProj::AwaitingBody { settled, response } => {
@@ -258,7 +253,7 @@ where
                             "unauthorized; the request body cannot be replayed"
                         );
                         *this.retry = None;
-                        return Poll::Ready(Ok(response));
+                        return Poll::Ready(Ok(*response));
                     }
                     tracing::debug!(
                         generation,
@@ -279,13 +274,13 @@ where
                             // The API's own answer is more faithful than the token error, which
                             // the cache has already logged and which the next request reports.
                             tracing::warn!(error = %error.chain(), "token refresh after unauthorized failed; returning the response");
-                            return Poll::Ready(Ok(response
+                            return Poll::Ready(Ok(*response
                                 .take()
                                 .expect("ResponseFuture polled after completion")));
                         }
                     };
                     let Some(body) = plan.replay.body() else {
-                        return Poll::Ready(Ok(response
+                        return Poll::Ready(Ok(*response
                             .take()
                             .expect("ResponseFuture polled after completion")));
                     };
@@ -294,18 +289,18 @@ where
                     *this.generation = token.generation();
                     let (svc, request) = plan.request(&token, body);
                     this.state.set(State::Readying {
-                        svc: Some(svc),
-                        request: Some(request),
+                        retry: Some(Box::new((svc, request))),
                     });
                 }
-                StateProj::Readying { svc, request } => {
-                    let Some(ready_svc) = svc.as_mut() else {
+                StateProj::Readying { retry } => {
+                    let Some((svc, _)) = retry.as_deref_mut() else {
                         panic!("ResponseFuture polled after completion");
                     };
-                    ready!(ready_svc.poll_ready(cx)).map_err(Into::into)?;
-                    let (Some(mut svc), Some(request)) = (svc.take(), request.take()) else {
+                    ready!(svc.poll_ready(cx)).map_err(Into::into)?;
+                    let Some(retry) = retry.take() else {
                         panic!("ResponseFuture polled after completion");
                     };
+                    let (mut svc, request) = *retry;
                     let fut = svc.call(request);
                     // The retry's answer is final, whatever it is.
                     *this.config = None;

@@ -11,6 +11,9 @@ pub(crate) struct Origin {
     https: bool,
     host: String,
     port: u16,
+    /// `host:port`, and `host` alone when the port is the scheme's default: the authority
+    /// spellings a request URI for this origin has, compared as one string on the hot path.
+    spellings: Vec<String>,
 }
 
 impl Origin {
@@ -18,10 +21,17 @@ impl Origin {
     pub(crate) fn of(uri: &Uri) -> Option<Self> {
         let https = is_https(uri.scheme()?)?;
         let host = uri.host()?.to_ascii_lowercase();
+        let default_port = if https { 443 } else { 80 };
+        let port = uri.port_u16().unwrap_or(default_port);
+        let mut spellings = vec![format!("{host}:{port}")];
+        if port == default_port {
+            spellings.push(host.clone());
+        }
         Some(Self {
             https,
-            port: uri.port_u16().unwrap_or(if https { 443 } else { 80 }),
+            port,
             host,
+            spellings,
         })
     }
 
@@ -84,6 +94,14 @@ impl Scope {
         let Some(https) = uri.scheme().and_then(is_https) else {
             return false;
         };
+        // Hot path: the authority as written is one of an origin's spellings.
+        let written = authority.as_str();
+        if self.origins.iter().any(|o| {
+            o.https == https && o.spellings.iter().any(|s| s.eq_ignore_ascii_case(written))
+        }) {
+            return true;
+        }
+        // Anything else (user-info, say) is parsed.
         let port = authority.port_u16().unwrap_or(if https { 443 } else { 80 });
         let host = authority.host();
         self.origins.iter().any(|o| o.matches(https, host, port))
@@ -111,6 +129,15 @@ mod tests {
         assert!(!allows(&s, "https://ozzobit.com:8443/x"));
         assert!(!allows(&s, "https://ozzobit.com.evil.example/x"));
         assert!(!allows(&s, "https://evil.example/?https://ozzobit.com"));
+    }
+
+    #[test]
+    fn user_info_and_odd_spellings_take_the_parsed_path() {
+        let s = scope(&["https://a.example"]);
+        assert!(allows(&s, "https://user@a.example/x"));
+        assert!(allows(&s, "https://A.EXAMPLE:443/x"));
+        assert!(!allows(&s, "https://user@b.example/x"));
+        assert!(!allows(&s, "https://a.example@b.example/x"));
     }
 
     #[test]

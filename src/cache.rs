@@ -277,15 +277,25 @@ impl TokenCache {
     /// refresh window this also starts the background refresh. `None` means "await
     /// [`wait_for_token`](Self::wait_for_token)".
     pub(crate) fn try_token(&self) -> Option<Arc<Token>> {
+        self.try_with(Arc::clone)
+    }
+
+    /// [`try_token`](Self::try_token) for the layer: the header and its generation, read
+    /// through arc-swap's guard, so the fresh path costs one reference count (the header's).
+    pub(crate) fn try_authorization(&self) -> Option<(HeaderValue, u64)> {
+        self.try_with(|t| (t.authorization.clone(), t.generation))
+    }
+
+    fn try_with<T>(&self, take: impl Fn(&Arc<Token>) -> T) -> Option<T> {
         let now = Instant::now();
         if let Some(token) = &*self.inner.current.load()
             && now < token.refresh_at
         {
-            return Some(Arc::clone(token));
+            return Some(take(token));
         }
         let mut state = self.inner.lock();
         match self.inner.decide(&mut state, now, false) {
-            Decision::Ready(Ok(token)) => Some(token),
+            Decision::Ready(Ok(token)) => Some(take(&token)),
             Decision::Ready(Err(_)) | Decision::Wait => None,
         }
     }

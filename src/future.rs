@@ -8,7 +8,9 @@ use std::task::{Context, Poll, ready};
 use std::time::Duration;
 
 use bytes::Bytes;
-use http::{Extensions, HeaderMap, Method, Request, Response, Uri, Version, header, request};
+use http::{
+    Extensions, HeaderMap, HeaderValue, Method, Request, Response, Uri, Version, header, request,
+};
 use http_body::Body;
 use pin_project_lite::pin_project;
 use tower_service::Service;
@@ -141,7 +143,7 @@ where
     pub(crate) fn send(
         mut svc: S,
         config: Arc<Config>,
-        token: &Token,
+        (authorization, generation): (HeaderValue, u64),
         pending: Pending<B>,
     ) -> Self {
         let Pending {
@@ -149,9 +151,7 @@ where
             body,
             replay,
         } = pending;
-        parts
-            .headers
-            .insert(header::AUTHORIZATION, token.authorization().clone());
+        parts.headers.insert(header::AUTHORIZATION, authorization);
         config.cache.record_authorized();
         let fut;
         let retry = match replay {
@@ -178,7 +178,7 @@ where
         Self {
             state: State::Called { fut },
             config: Some(config),
-            generation: token.generation(),
+            generation,
             retry,
         }
     }
@@ -202,7 +202,8 @@ where
                         panic!("ResponseFuture polled after completion");
                     };
                     let (svc, pending) = *waiting;
-                    let sent = Self::send(svc, config, &token, pending);
+                    let authorization = (token.authorization().clone(), token.generation());
+                    let sent = Self::send(svc, config, authorization, pending);
                     *this.config = sent.config;
                     *this.generation = sent.generation;
                     *this.retry = sent.retry;

@@ -113,8 +113,10 @@ where
             body,
             replay,
         };
-        match config.cache.try_token() {
-            Some(token) => ResponseFuture::send(svc, Arc::clone(config), &token, pending),
+        match config.cache.try_authorization() {
+            Some(authorization) => {
+                ResponseFuture::send(svc, Arc::clone(config), authorization, pending)
+            }
             None => ResponseFuture::wait_for_token(svc, Arc::clone(config), pending),
         }
     }

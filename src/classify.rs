@@ -9,7 +9,7 @@ use http::{HeaderMap, StatusCode, header};
 /// one retry.
 ///
 /// The default, [`Unauthorized::default`], answers yes for HTTP `401 Unauthorized` and for a gRPC
-/// response (`content-type: application/grpc…`) whose headers carry `grpc-status: 16`
+/// response (HTTP 200, `content-type: application/grpc…`) whose headers carry `grpc-status: 16`
 /// (`UNAUTHENTICATED`, sent trailers-only). For APIs with another signal, build one from a
 /// closure with [`Unauthorized::new`]:
 ///
@@ -46,7 +46,11 @@ impl Unauthorized {
     pub fn is_unauthorized(&self, status: StatusCode, headers: &HeaderMap) -> bool {
         match &self.custom {
             Some(f) => f(status, headers),
-            None => status == StatusCode::UNAUTHORIZED || grpc_unauthenticated(headers),
+            // gRPC answers every call with HTTP 200: only then are its headers worth reading.
+            None => {
+                status == StatusCode::UNAUTHORIZED
+                    || (status == StatusCode::OK && grpc_unauthenticated(headers))
+            }
         }
     }
 }

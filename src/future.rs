@@ -151,14 +151,16 @@ where
             body,
             replay,
         } = pending;
-        parts.headers.insert(header::AUTHORIZATION, authorization);
         config.cache.record_authorized();
         let fut;
         let retry = match replay {
             Some(replay) => {
                 let (method, uri, version) =
                     (parts.method.clone(), parts.uri.clone(), parts.version);
+                // Copied before `Authorization` goes in (the retry sets its own), so a request
+                // with no other headers copies an empty map: no allocation.
                 let (headers, extensions) = (parts.headers.clone(), parts.extensions.clone());
+                parts.headers.insert(header::AUTHORIZATION, authorization);
                 fut = svc.call(Request::from_parts(parts, body));
                 Some(RetryPlan {
                     svc,
@@ -171,6 +173,7 @@ where
                 })
             }
             None => {
+                parts.headers.insert(header::AUTHORIZATION, authorization);
                 fut = svc.call(Request::from_parts(parts, body));
                 None
             }

@@ -345,6 +345,28 @@ mod grpc {
             .into_inner())
     }
 
+    type ToGrpcBody = fn(ReplayBody<tonic::body::Body>) -> tonic::body::Body;
+    type Client = tonic::client::Grpc<
+        ozzobit_auth::OzzobitAuth<
+            tower_http::map_request_body::MapRequestBody<tonic::transport::Channel, ToGrpcBody>,
+        >,
+    >;
+
+    /// A layer for `mock` and a gRPC client through it over a new HTTP/2 connection.
+    async fn connect(mock: &MockServer) -> (ozzobit_auth::OzzobitAuthLayer, Client) {
+        let auth = mock_layer(mock, |b| b);
+        let channel = tonic::transport::Endpoint::from_shared(format!("http://{}", mock.addr()))
+            .unwrap()
+            .connect()
+            .await
+            .unwrap();
+        let svc = ServiceBuilder::new()
+            .layer(auth.clone())
+            .map_request_body(tonic::body::Body::new as ToGrpcBody)
+            .service(channel);
+        (auth, tonic::client::Grpc::new(svc))
+    }
+
     // A fresh server, channel and cache each round, as a process starting up sees them: the
     // server answers UNAUTHENTICATED before reading the request, racing the client's body, and a
     // new HTTP/2 connection loses that race often enough for a regression to show.
@@ -352,18 +374,7 @@ mod grpc {
     async fn tonic_unauthenticated_before_the_body_is_read_is_retried_every_time() {
         for _ in 0..20 {
             let mock = MockServer::start().await;
-            let auth = mock_layer(&mock, |b| b);
-            let channel =
-                tonic::transport::Endpoint::from_shared(format!("http://{}", mock.addr()))
-                    .unwrap()
-                    .connect()
-                    .await
-                    .unwrap();
-            let svc = ServiceBuilder::new()
-                .layer(auth.clone())
-                .map_request_body(tonic::body::Body::new)
-                .service(channel);
-            let mut grpc = tonic::client::Grpc::new(svc);
+            let (auth, mut grpc) = connect(&mock).await;
             call(&mut grpc).await.unwrap();
             mock.revoke_all_tokens();
             call(&mut grpc).await.expect("UNAUTHENTICATED was retried");
@@ -376,17 +387,7 @@ mod grpc {
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn tonic_channel_calls_succeed_and_unauthenticated_is_retried() {
         let mock = MockServer::start().await;
-        let auth = mock_layer(&mock, |b| b);
-        let channel = tonic::transport::Endpoint::from_shared(format!("http://{}", mock.addr()))
-            .unwrap()
-            .connect()
-            .await
-            .unwrap();
-        let svc = ServiceBuilder::new()
-            .layer(auth.clone())
-            .map_request_body(tonic::body::Body::new)
-            .service(channel);
-        let mut grpc = tonic::client::Grpc::new(svc);
+        let (auth, mut grpc) = connect(&mock).await;
 
         let orders = call(&mut grpc).await.unwrap();
         assert!(std::str::from_utf8(&orders).unwrap().contains("ord_1001"));

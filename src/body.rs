@@ -40,10 +40,10 @@ pin_project! {
     impl<B> PinnedDrop for ReplayBody<B> {
         fn drop(this: Pin<&mut Self>) {
             // Dropped part-way through recording: leave the rest to the retry.
-            if let StateProj::Recording { rec } = this.project().state.project() {
-                if let Some(rec) = rec.take() {
-                    rec.hand_off();
-                }
+            if let StateProj::Recording { rec } = this.project().state.project()
+                && let Some(rec) = rec.take()
+            {
+                rec.hand_off();
             }
         }
     }
@@ -293,10 +293,10 @@ where
                 }
                 let trailers = f.trailers_ref().cloned();
                 // hyper stops polling once the body says it has ended: finish there.
-                if trailers.is_some() || rec.body.is_end_stream() {
-                    if let Some(rec) = slot.take() {
-                        rec.finish(trailers);
-                    }
+                if (trailers.is_some() || rec.body.is_end_stream())
+                    && let Some(rec) = slot.take()
+                {
+                    rec.finish(trailers);
                 }
                 Poll::Ready(frame)
             }

@@ -370,20 +370,20 @@ impl Inner {
         if state.fetching {
             return Decision::Wait;
         }
-        if after_fetch || state.backing_off(now) {
-            if let Some(error) = &state.last_error {
-                if let Some(token) = current.filter(|t| now < t.expires_at) {
-                    if !std::mem::replace(&mut state.stale_logged, true) {
-                        tracing::warn!(
-                            generation = token.generation,
-                            expires_in = ?token.expires_at - now,
-                            "token refresh failing; serving the still-valid token",
-                        );
-                    }
-                    return Decision::Ready(Ok(token));
+        if (after_fetch || state.backing_off(now))
+            && let Some(error) = &state.last_error
+        {
+            if let Some(token) = current.filter(|t| now < t.expires_at) {
+                if !std::mem::replace(&mut state.stale_logged, true) {
+                    tracing::warn!(
+                        generation = token.generation,
+                        expires_in = ?token.expires_at - now,
+                        "token refresh failing; serving the still-valid token",
+                    );
                 }
-                return Decision::Ready(Err(error.clone()));
+                return Decision::Ready(Ok(token));
             }
+            return Decision::Ready(Err(error.clone()));
         }
         let reason = if current.is_some() {
             "expiring"

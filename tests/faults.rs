@@ -275,7 +275,9 @@ async fn connection_refused_and_closed_connections_are_transient() {
 async fn hanging_and_trickling_endpoints_are_cut_at_fetch_timeout() {
     let hangs = raw_server(|mut s| async move {
         read_head(&mut s).await;
-        tokio::time::sleep(Duration::from_secs(3600)).await;
+        // Holds the connection open and never answers.
+        std::future::pending::<()>().await;
+        drop(s);
     })
     .await;
     let started = Instant::now();
@@ -294,6 +296,7 @@ async fn hanging_and_trickling_endpoints_are_cut_at_fetch_timeout() {
         let head = format!("HTTP/1.1 200 OK\r\nContent-Length: {}\r\n\r\n", body.len());
         let _ = s.write_all(head.as_bytes()).await;
         for b in body {
+            // One byte a second on the paused clock: 37 s in all, past the 5 s fetch_timeout.
             tokio::time::sleep(Duration::from_secs(1)).await;
             if s.write_all(&[*b]).await.is_err() {
                 return;
